@@ -1,0 +1,21 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+.PHONY: run test lint bench
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+run:
+	scripts/setup.sh serve
+	.venv/bin/python -m app
+
+test:
+	scripts/setup.sh test
+	.venv/bin/python -m pytest
+
+lint:
+	.venv/bin/ruff check app training tests bench
+	.venv/bin/ruff format --check app training tests bench
+	.venv/bin/mypy app
+
+bench:
+	.venv/bin/python bench/service_vs_raw.py
