@@ -1,0 +1,1 @@
+"""HTTP routes: ``classify`` (the ``/v1`` API), ``model_card``, ``probes``."""
