@@ -28,7 +28,9 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 class Settings(BaseSettings):
     """Everything an operator can set; env prefix ``VLKD_``."""
 
-    model_config = SettingsConfigDict(env_prefix="VLKD_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="VLKD_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     # Model
     model_path: Path = DEFAULT_MODEL_PATH

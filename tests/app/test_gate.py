@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
 from app.decode import DecodedImage
 from app.errors import ContractError
@@ -23,7 +36,10 @@ from app.gate import (
     parse_gate,
     transform_features,
 )
+from app.main import create_app
+from app.settings import Settings
 from tests.model_factory import default_contract
+from training.gate import synthetic_probes
 
 
 @pytest.mark.parametrize(
@@ -71,10 +87,10 @@ def test_assess_combines_header_reasons() -> None:
 
 
 def _gate(n_features: int = 12, k: int = 3, threshold: float = 5.0) -> ContentGate:
-    """A gate whose Gaussian is centred on 1 with axes along the first k features."""
+    """A gate centred on 0.25 (exact in float16) with axes on the first k features."""
     basis = np.eye(k, n_features, dtype=np.float32)
     return ContentGate(
-        mean=np.full(n_features, 1.0 / np.sqrt(n_features), dtype=np.float32),
+        mean=np.full(n_features, 0.25, dtype=np.float32),
         basis=basis,
         variances=np.full(k, 0.01, dtype=np.float32),
         residual_variance=1e-4,
@@ -158,7 +174,7 @@ def test_gate_json_round_trip_keeps_distances() -> None:
         ({"variances": [0.01, 0.0, 0.01]}, "positive"),
         ({"n_components": 12}, "n_components"),
         ({"mean": "not base64!"}, "base64"),
-        ({"basis": "AAAA"}, "expected"),
+        ({"basis": "AAAAAA=="}, "expected"),
     ],
 )
 def test_parse_gate_refuses_malformed_parameters(
@@ -203,3 +219,143 @@ def test_assess_adds_content_reason_after_header_reasons() -> None:
     reasons = assess(decoded, features, default_contract(gate=gate.to_json()))
 
     assert reasons == [REASON_VIEW, REASON_CONTENT]
+
+
+# --- the whole service on a model with a fitted gate ---------------------------------
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "vlkd-student.onnx"
+GARBAGE = ("photograph", "noise", "near_uniform_grey", "grey_gradient")
+NON_CHEST = ("RG2_JPLL.dcm", "RG2_JPLY.dcm", "RG2_JLSN.dcm", "RG3_J2KI.dcm")
+CHEST_DICOMS = ("RG1_UNCR.dcm", "siim_cr_chest_mono2.dcm")
+
+
+@pytest.fixture(scope="module")
+def gated_client() -> Iterator[TestClient]:
+    """The service on the shipped model (or ``VLKD_TEST_GATED_MODEL``) with its gate."""
+    path = Path(os.environ.get("VLKD_TEST_GATED_MODEL", SHIPPED_MODEL))
+    if not path.is_file():
+        pytest.skip(f"{path.name} is not in models/ yet")
+    session = ort.InferenceSession(str(path))
+    if "vlkd.gate" not in session.get_modelmeta().custom_metadata_map:
+        pytest.skip(f"{path.name} carries no vlkd.gate yet (python -m training.gate)")
+    settings = Settings(model_path=path, intra_op_threads=1, decoder_self_test=False)
+
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def _classify(client: TestClient, data: bytes, media_type: str) -> dict[str, Any]:
+    response = client.post(
+        "/v1/classify", content=data, headers={"content-type": media_type}
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def lateral_dicom(pixels: np.ndarray) -> bytes:
+    """A DX chest DICOM whose header says ViewPosition LL (8-bit, uncompressed)."""
+    ds = Dataset()
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "DX"
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "LL"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.astype(np.uint8).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name", GARBAGE)
+def test_service_refuses_garbage_content(gated_client: TestClient, name: str) -> None:
+    """A photograph, noise, near-uniform grey and a ramp get no label, and say why."""
+    data = synthetic_probes()[name]
+    media_type = "image/jpeg" if name == "photograph" else "image/png"
+
+    body = _classify(gated_client, data, media_type)
+
+    assert body["assessable"] is False
+    assert REASON_CONTENT in body["not_assessable_reasons"]
+    assert body["label"] is None and body["probabilities"] is None
+
+
+@pytest.mark.parametrize("name", NON_CHEST)
+def test_service_never_labels_non_chest_dicoms(
+    gated_client: TestClient, shared_data: Path, name: str
+) -> None:
+    """The shared hip / extremity files get no label: not assessable, or a 4xx."""
+    data = (shared_data / "dicom" / name).read_bytes()
+
+    response = gated_client.post(
+        "/v1/classify", content=data, headers={"content-type": "application/dicom"}
+    )
+
+    body = response.json()
+    if response.status_code == 200:
+        assert body["assessable"] is False
+        assert REASON_BODY_PART in body["not_assessable_reasons"]
+    else:
+        # FIXME: RG2_JPLY (JPEG extended, 12-bit) has no working decoder here and
+        # is refused by decoding (422) before the gate can say "not a chest".
+        assert 400 <= response.status_code < 500
+        assert "label" not in body
+
+
+def test_service_refuses_lateral_view_from_header(
+    gated_client: TestClient, shared_data: Path
+) -> None:
+    """A chest DICOM marked ViewPosition LL is not assessable (lateral view)."""
+    pixels = np.asarray(Image.open(shared_data / "fullsize" / "00000165_001.png"))
+    data = lateral_dicom(pixels[::2, ::2])
+
+    body = _classify(gated_client, data, "application/dicom")
+
+    assert body["assessable"] is False
+    assert body["not_assessable_reasons"] == [REASON_VIEW]
+
+
+def test_service_rejects_exactly_uniform_grey_with_422(
+    gated_client: TestClient,
+) -> None:
+    """A perfectly uniform image is refused by decoding before the gate (422)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((256, 256), 128, dtype=np.uint8)).save(buffer, "PNG")
+
+    response = gated_client.post(
+        "/v1/classify", content=buffer.getvalue(), headers={"content-type": "image/png"}
+    )
+
+    assert response.status_code == 422
+    assert "blank" in response.json()["detail"]
+
+
+def test_service_assesses_real_chest_xrays(
+    gated_client: TestClient, shared_data: Path
+) -> None:
+    """Every full-size upload and chest DICOM in the shared data gets a label."""
+    uploads = [
+        (path.read_bytes(), "image/png")
+        for path in sorted((shared_data / "fullsize").glob("*.png"))
+    ] + [
+        ((shared_data / "dicom" / name).read_bytes(), "application/dicom")
+        for name in CHEST_DICOMS
+    ]
+
+    bodies = [_classify(gated_client, data, media_type) for data, media_type in uploads]
+
+    assert len(bodies) == 8
+    assert [body["not_assessable_reasons"] for body in bodies] == [[]] * 8
+    assert all(body["label"] in ("normal", "pneumonia", "nodule") for body in bodies)

@@ -69,3 +69,14 @@ def test_sha256_pin_normalised() -> None:
     settings = Settings(model_sha256="AB" * 32)
 
     assert settings.model_sha256 == "ab" * 32
+
+
+def test_empty_variable_means_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty VLKD_ variable (as compose passes an unset one) keeps the default."""
+    monkeypatch.setenv("VLKD_INTRA_OP_THREADS", "")
+    monkeypatch.setenv("VLKD_PORT", "")
+
+    settings = Settings()
+
+    assert settings.intra_op_threads is None
+    assert settings.port == 8000

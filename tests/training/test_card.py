@@ -82,3 +82,13 @@ def test_write_model_card_writes_readable_file_atomically(tmp_path: Path) -> Non
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_build_card_says_no_distillation_when_alpha_is_zero() -> None:
+    """The CE-only baseline is not described as distilled."""
+    card = _card(kd_alpha=0.0)
+
+    method = card["training"]["method"]
+
+    assert "no distillation" in method
+    assert "KL" not in method
