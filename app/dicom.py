@@ -192,7 +192,7 @@ def _parse(data: bytes, max_inflated_bytes: int) -> tuple[Dataset, UID]:
 
     if syntax == DeflatedExplicitVRLittleEndian:
         body = data[body_start:]
-        return _parse_deflated(body, meta, max_inflated_bytes), syntax
+        return _parse_deflated(body, max_inflated_bytes), syntax
 
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
@@ -224,7 +224,7 @@ def _parse_bare(data: bytes) -> Dataset:
     return dataset
 
 
-def _parse_deflated(deflated: bytes, meta: FileMetaDataset, limit: int) -> Dataset:
+def _parse_deflated(deflated: bytes, limit: int) -> Dataset:
     """Inflate a Deflated Explicit VR LE body with a cap, then parse it."""
     body = _inflate(deflated, limit)
     try:
@@ -232,14 +232,14 @@ def _parse_deflated(deflated: bytes, meta: FileMetaDataset, limit: int) -> Datas
             io.BytesIO(body), is_implicit_VR=False, is_little_endian=True
         )
         _ = list(_walk(dataset))
+        # A fresh file meta: the parsed one may carry elements with wrong VRs.
+        dataset.file_meta = FileMetaDataset()
+        dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        dataset.set_original_encoding(False, True)
     except Exception as exc:
         raise UnprocessableImageError(
             "the deflated DICOM dataset is malformed"
         ) from exc
-
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    dataset.file_meta = meta
-    dataset.set_original_encoding(False, True)
 
     return dataset
 

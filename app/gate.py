@@ -7,8 +7,9 @@ also label a Prometheus counter, so they must never carry free text):
   that is not a projection radiograph, a body part that is not the chest, a
   lateral view;
 * the image content, for every format (:func:`content_reasons`): how far the
-  model's features lie from the training distribution, with parameters stored in
-  the model contract's ``gate``.
+  model's pooled features lie from the training images' features (a
+  probabilistic-PCA Mahalanobis distance, :class:`ContentGate`), with parameters
+  fitted by ``training.gate`` and stored in the model contract's ``gate``.
 """
 
 from __future__ import annotations

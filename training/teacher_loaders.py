@@ -65,7 +65,7 @@ def _side(size: Any) -> int:
     return int(size)
 
 
-def _freeze(model: torch.nn.Module) -> torch.nn.Module:
+def _freeze(model: Any) -> Any:
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -85,7 +85,7 @@ class OpenClipTeacher(Teacher):
 
     kind = "open_clip"
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, weights_sha256: str):
+    def __init__(self, model: Any, tokenizer: Any, weights_sha256: str) -> None:
         super().__init__()
         import open_clip
 
@@ -168,12 +168,12 @@ class HfClipTeacher(Teacher):
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Any,
         tokenizer: Any,
         weights_sha256: str,
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
-    ):
+    ) -> None:
         super().__init__()
         self.model = _freeze(model)
         self.tokenizer = tokenizer

@@ -56,7 +56,7 @@ class TeacherModelConfig:
 
     input_size: int = 320  # px, square; images are preprocessed to this size
     embed_dim: int = 256  # shared image-text embedding size
-    frozen_blocks: int = 14  # MobileNetV2 feature blocks kept frozen (0..19)
+    frozen_blocks: int = 17  # MobileNetV2 feature blocks kept frozen (0..19)
     dropout: float = 0.1  # on pooled image features, training only
     init_temperature: float = 0.07  # logit scale starts at 1 / this
 
@@ -169,6 +169,7 @@ class VlkdClip(nn.Module):
         )
         for parameter in self.trunk.parameters():
             parameter.requires_grad_(False)
+        self.trunk.eval()
 
     def train(self, mode: bool = True) -> VlkdClip:
         super().train(mode)
@@ -178,6 +179,7 @@ class VlkdClip(nn.Module):
 
     def encode_trunk(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen early blocks: ``(N, 3, S, S)`` -> ``(N, c, h, w)`` feature maps."""
+        self.trunk.eval()  # BatchNorm must use its running statistics
         with torch.no_grad():
             return self.trunk(images)
 

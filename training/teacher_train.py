@@ -68,11 +68,12 @@ CACHE_BLOCK = 14
 class TeacherTrainConfig:
     """Every setting of a teacher run; saved resolved beside the checkpoint."""
 
-    manifest: str = str(REPO_ROOT.parent / "shared" / "data" / "cxr3" / "manifest.csv")
-    out_dir: str = str(REPO_ROOT / "models" / "teacher")
-    run_dir: str = str(REPO_ROOT / "runs" / "teacher")  # last.pt, for --resume
-    cache_dir: str = str(REPO_ROOT / "cache" / "teacher")  # frozen-trunk features
-    epochs: int = 30
+    # Paths: relative ones are taken from the repository root.
+    manifest: str = "../shared/data/cxr3/manifest.csv"
+    out_dir: str = "models/teacher"
+    run_dir: str = "runs/teacher"  # last.pt, for --resume
+    cache_dir: str = "cache/teacher"  # frozen-trunk features; "" = no cache
+    epochs: int = 15
     batch_size: int = 64
     lr: float = 1e-3  # projections and temperature
     backbone_lr: float = 3e-4  # trained MobileNetV2 blocks
@@ -123,6 +124,13 @@ class TeacherTrainConfig:
             return cls(**values)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"invalid teacher config: {error}") from error
+
+
+def repo_path(value: str) -> Path:
+    """A config path: absolute as given, relative from the repository root."""
+    path = Path(value)
+
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def seed_everything(seed: int) -> None:
@@ -251,10 +259,10 @@ def trunk_features(
     """
     frozen = model.config.frozen_blocks
     cached = min(frozen, CACHE_BLOCK)
-    tag = f"mobilenet_v2-imagenet|frozen={cached}"
+    tag = f"mobilenet_v2-imagenet|eval-bn|frozen={cached}"
 
     def first_blocks(images: torch.Tensor) -> torch.Tensor:
-        return model.trunk[:cached](images)
+        return model.trunk[:cached].eval()(images)
 
     features = cached_features(
         rows, model.config.input_size, first_blocks, cache_dir, tag, desc=desc
@@ -263,7 +271,7 @@ def trunk_features(
         return features
 
     with torch.no_grad():
-        rest = model.trunk[cached:]
+        rest = model.trunk[cached:].eval()
         chunks = [rest(features[i : i + 64]) for i in range(0, len(features), 64)]
 
     return torch.cat(chunks)
@@ -284,11 +292,11 @@ def train(
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     started = time.monotonic()
-    out_dir, run_dir = Path(config.out_dir), Path(config.run_dir)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else None
+    out_dir, run_dir = repo_path(config.out_dir), repo_path(config.run_dir)
+    cache_dir = repo_path(config.cache_dir) if config.cache_dir else None
 
     # Data: train / val rows, cached frozen-trunk features, caption embeddings.
-    manifest = Path(config.manifest)
+    manifest = repo_path(config.manifest)
     train_rows = _subset(read_rows(manifest, ["train"]), config.max_train_rows)
     val_rows = _subset(read_rows(manifest, ["val"]), config.max_val_rows)
     model = VlkdClip(config.model, imagenet=True)

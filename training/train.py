@@ -53,6 +53,7 @@ from training.data import (
     select_split,
     summarise,
 )
+from training.errors import ConfigError, DataError
 from training.losses import hybrid_loss
 from training.softlabels import TeacherLike, compute_soft_labels
 from training.student import build_student, count_parameters
@@ -138,6 +139,29 @@ def teacher_logits_for(
     return logits, teacher.identity
 
 
+def freeze_leading_blocks(student: nn.Module, blocks: int) -> nn.Module:
+    """Freeze the first ``blocks`` children of ``student.body``; return them.
+
+    Their parameters get no gradients, so backward stops before them, and the
+    caller keeps them in eval mode so batch-norm statistics do not drift.
+    """
+    body = getattr(student, "body", None)
+    if not isinstance(body, nn.Sequential) or blocks <= 0:
+        return nn.Sequential()
+    if blocks >= len(body):
+        raise ConfigError(
+            f"freeze_blocks must be below the backbone's {len(body)} blocks, "
+            f"got {blocks}"
+        )
+
+    frozen = body[:blocks]
+    for parameter in frozen.parameters():
+        parameter.requires_grad_(False)
+    logger.info("froze the first %d backbone blocks", blocks)
+
+    return frozen
+
+
 def lr_lambda(total_steps: int, warmup_steps: int) -> Any:
     """Linear warm-up then cosine decay to 0, as a factor of the peak LR."""
 
@@ -185,18 +209,14 @@ def score(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
-def train(config: TrainConfig, teacher: TeacherLike | None = None) -> dict[str, Any]:
-    """Train one student as ``config`` says; return the best val result (rank 0).
+def build_datasets(
+    config: TrainConfig, teacher: TeacherLike | None = None
+) -> tuple[CxrDataset, CxrDataset, str]:
+    """Train set (augmented, with soft labels when distilling), val set, teacher id.
 
-    ``teacher`` overrides the configured one (tests pass a small stand-in).
+    At ``label_fraction < 1`` the dropped labels become unlabelled rows, which
+    train on the KD term alone; a CE-only run (alpha 0) leaves them out.
     """
-    distributed = init_distributed()
-    rank, world_size = world()
-    torch.set_num_threads(config.num_threads)
-    seed_everything(config.seed)
-    out_dir = Path(config.out_dir)
-
-    # Data: train rows (some unlabelled at label_fraction < 1) and val rows.
     rows = read_manifest(config.manifest, config.labels)
     train_rows = apply_label_fraction(
         select_split(rows, "train", config.max_images_per_split),
@@ -207,8 +227,6 @@ def train(config: TrainConfig, teacher: TeacherLike | None = None) -> dict[str, 
         train_rows = [row for row in train_rows if row.label]
     val_rows = select_split(rows, "val", config.max_images_per_split)
     if not train_rows or not val_rows:
-        from training.errors import DataError
-
         raise DataError(
             f"need train and val rows; got {len(train_rows)} train, {len(val_rows)} val"
         )
@@ -224,6 +242,69 @@ def train(config: TrainConfig, teacher: TeacherLike | None = None) -> dict[str, 
         train_rows, config.labels, config.input_size, augmentation, soft, config.seed
     )
     val_set = CxrDataset(val_rows, config.labels, config.input_size)
+
+    return train_set, val_set, teacher_identity
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    optimiser: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    weights: torch.Tensor | None,
+    description: str,
+    show: bool,
+) -> dict[str, float]:
+    """One pass over the (sharded) train set; mean losses and seconds taken."""
+    started = time.perf_counter()
+    sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
+    bar = tqdm(loader, desc=description, disable=not show)
+    for images, labels, teacher_logits in bar:
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        parts = hybrid_loss(
+            model(images),
+            labels,
+            teacher_logits if config.alpha > 0 else None,
+            config.alpha,
+            config.temperature,
+            weights,
+        )
+        optimiser.zero_grad(set_to_none=True)
+        parts.total.backward()
+        optimiser.step()
+        schedule.step()
+
+        sums["loss"] += float(parts.total.detach())
+        sums["ce"] += float(parts.ce)
+        sums["kd"] += float(parts.kd)
+        bar.set_postfix(loss=f"{float(parts.total.detach()):.3f}")
+
+    steps = max(1, len(loader))
+
+    return {
+        "train_seconds": round(time.perf_counter() - started, 2),
+        "train_loss": sums["loss"] / steps,
+        "train_ce": sums["ce"] / steps,
+        "train_kd": sums["kd"] / steps,
+    }
+
+
+def train(config: TrainConfig, teacher: TeacherLike | None = None) -> dict[str, Any]:
+    """Train one student as ``config`` says; return the best val result (rank 0).
+
+    ``teacher`` overrides the configured one (tests pass a small stand-in).
+    """
+    distributed = init_distributed()
+    rank, world_size = world()
+    torch.set_num_threads(config.num_threads)
+    seed_everything(config.seed)
+    out_dir = Path(config.out_dir)
+
+    # Data: train rows (+ cached soft labels when distilling) and val rows.
+    train_set, val_set, teacher_identity = build_datasets(config, teacher)
+    train_rows, val_rows = train_set.rows, val_set.rows
     weights = (
         class_weights(train_rows, config.labels)
         if config.class_weighting == "balanced"
@@ -233,6 +314,7 @@ def train(config: TrainConfig, teacher: TeacherLike | None = None) -> dict[str, 
     # Student, optimiser and schedule.
     torch.manual_seed(config.seed)
     student = build_student(config.arch, len(config.labels), config.pretrained)
+    frozen = freeze_leading_blocks(student, config.freeze_blocks)
     if config.channels_last:
         student = student.to(memory_format=torch.channels_last)
     model: nn.Module = DistributedDataParallel(student) if distributed else student
@@ -246,7 +328,9 @@ def train(config: TrainConfig, teacher: TeacherLike | None = None) -> dict[str, 
         )
     loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler)
     optimiser = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
     )
     total_steps = config.epochs * len(loader)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -261,6 +345,9 @@ def train(config: TrainConfig, teacher: TeacherLike | None = None) -> dict[str, 
         "train_rows": summarise(train_rows).get("train", {}),
         "val_rows": summarise(val_rows).get("val", {}),
         "parameters": count_parameters(student),
+        "trainable_parameters": sum(
+            p.numel() for p in student.parameters() if p.requires_grad
+        ),
         "torch": torch.__version__,
     }
     if rank == 0:
@@ -281,39 +368,21 @@ def train(config: TrainConfig, teacher: TeacherLike | None = None) -> dict[str, 
     best: dict[str, Any] = {"epoch": -1, "val": {"macro_auc": -math.inf}}
     history: list[dict[str, Any]] = []
     for epoch in range(config.epochs):
-        # One pass over the (sharded) train set.
         train_set.set_epoch(epoch)
         if distributed:
             sampler.set_epoch(epoch)
         model.train()
-        started = time.perf_counter()
-        sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
-        bar = tqdm(
+        frozen.eval()  # frozen blocks keep their ImageNet BN statistics
+        losses = train_epoch(
+            model,
             loader,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not config.progress or rank != 0,
+            optimiser,
+            schedule,
+            config,
+            weights,
+            f"epoch {epoch + 1}/{config.epochs}",
+            config.progress and rank == 0,
         )
-        for images, labels, teacher_logits in bar:
-            if config.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            parts = hybrid_loss(
-                model(images),
-                labels,
-                teacher_logits if config.alpha > 0 else None,
-                config.alpha,
-                config.temperature,
-                weights,
-            )
-            optimiser.zero_grad(set_to_none=True)
-            parts.total.backward()
-            optimiser.step()
-            schedule.step()
-
-            sums["loss"] += float(parts.total.detach())
-            sums["ce"] += float(parts.ce)
-            sums["kd"] += float(parts.kd)
-            bar.set_postfix(loss=f"{float(parts.total.detach()):.3f}")
-        seconds = time.perf_counter() - started
 
         # Rank 0 scores val and keeps the best checkpoint; the others wait at
         # the next gradient all-reduce.
@@ -321,15 +390,7 @@ def train(config: TrainConfig, teacher: TeacherLike | None = None) -> dict[str, 
             continue
         logits, targets = predict(student, val_set, channels_last=config.channels_last)
         val = score(logits, targets)
-        steps = max(1, len(loader))
-        record = {
-            "epoch": epoch + 1,
-            "train_seconds": round(seconds, 2),
-            "train_loss": sums["loss"] / steps,
-            "train_ce": sums["ce"] / steps,
-            "train_kd": sums["kd"] / steps,
-            "val": val,
-        }
+        record = {"epoch": epoch + 1, **losses, "val": val}
         history.append(record)
         logger.info(
             "epoch %d: loss %.4f, val macro AUC %.4f, acc %.3f (%.1f s)",
@@ -337,7 +398,7 @@ def train(config: TrainConfig, teacher: TeacherLike | None = None) -> dict[str, 
             record["train_loss"],
             val["macro_auc"],
             val["accuracy"],
-            seconds,
+            losses["train_seconds"],
         )
         if val["macro_auc"] > best["val"]["macro_auc"]:
             best = {"epoch": epoch + 1, "val": val}

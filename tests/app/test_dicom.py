@@ -603,3 +603,20 @@ def test_decode_rle_segment_overrun_is_422_not_a_panic(at: int) -> None:
 
     with pytest.raises(UnprocessableImageError):
         decode(to_bytes(ds, RLELossless))
+
+
+def test_decode_deflated_file_with_wrong_vr_in_file_meta() -> None:
+    """A Deflated file whose TransferSyntaxUID element claims VR IS still decodes.
+
+    Re-assigning that element used to raise a bare ValueError (a 500); found by
+    bench/fuzz_decode.py (atheris).
+    """
+    stored = chest_like()
+    ds = make_dataset(stored, 12)
+    data = bytearray(to_bytes(ds, DeflatedExplicitVRLittleEndian))
+    where = data.find(b"\x02\x00\x10\x00UI")
+    data[where + 4 : where + 6] = b"IS"
+
+    pixels = decode_pixels(bytes(data))
+
+    np.testing.assert_array_equal(pixels, stored.astype(np.float32))

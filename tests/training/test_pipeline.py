@@ -29,7 +29,7 @@ class TinyTeacher:
 def test_pipeline_ships_a_checked_model_with_card(
     shared_data: Path, tmp_path: Path
 ) -> None:
-    """Soft labels -> train -> calibrate -> export -> evaluate -> ship, on few images."""
+    """Soft labels, train, calibrate, export, evaluate and ship on a few images."""
     import onnx
 
     config = TrainConfig(

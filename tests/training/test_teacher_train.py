@@ -13,11 +13,14 @@ import torch
 from training.errors import ConfigError
 from training.prompts import DEFAULT_CLASS_PROMPTS
 from training.teacher import load_teacher
+from training.teacher_data import preprocess_rows, read_rows
 from training.teacher_eval import evaluate, render_card
+from training.teacher_model import TeacherModelConfig, VlkdClip
 from training.teacher_train import (
     TeacherTrainConfig,
     semantic_matching_loss,
     train,
+    trunk_features,
 )
 
 PER_LABEL = {"train": 3, "val": 2}
@@ -67,6 +70,7 @@ def tiny_config(manifest: Path, root: Path, **overrides: object) -> TeacherTrain
     return TeacherTrainConfig.from_dict(values)
 
 
+@pytest.mark.slow
 def test_one_epoch_writes_a_loadable_teacher(
     tiny_manifest: Path, tmp_path: Path
 ) -> None:
@@ -85,6 +89,7 @@ def test_one_epoch_writes_a_loadable_teacher(
     assert teacher.identity.startswith("vlkd:sha256=")
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_an_uninterrupted_one(
     tiny_manifest: Path, tmp_path: Path
 ) -> None:
@@ -105,6 +110,7 @@ def test_resumed_run_matches_an_uninterrupted_one(
         torch.testing.assert_close(resumed["model"][name], tensor, msg=name)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config(tiny_manifest: Path, tmp_path: Path) -> None:
     """Resuming with other settings would mix two runs: refuse it."""
     train(tiny_config(tiny_manifest, tmp_path, epochs=2), stop_after=1)
@@ -113,6 +119,7 @@ def test_resume_refuses_a_changed_config(tiny_manifest: Path, tmp_path: Path) ->
         train(tiny_config(tiny_manifest, tmp_path, epochs=2, lr=0.5), resume=True)
 
 
+@pytest.mark.slow
 def test_eval_reports_metrics_and_card_renders(
     tiny_manifest: Path, tmp_path: Path
 ) -> None:
@@ -129,6 +136,35 @@ def test_eval_reports_metrics_and_card_renders(
     assert 0.0 <= metrics["macro_auc"] <= 1.0
     assert not math.isnan(metrics["nodule_auc_within_jsrt"])
     assert f"{metrics['macro_auc']:.3f}" in card
+
+
+@pytest.mark.slow
+def test_cached_training_path_matches_the_saved_teacher(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    """Embeddings via the training cache equal the loaded teacher's full forward."""
+    train(tiny_config(tiny_manifest, tmp_path))
+    teacher = load_teacher("vlkd", tmp_path / "out")
+    model = teacher.model  # type: ignore[attr-defined]
+    rows = read_rows(tiny_manifest, ["val"])
+
+    cached = trunk_features(model, rows, tmp_path / "cache", "val")
+    via_cache = model.encode_from_trunk(cached)
+    full = model.encode_image(preprocess_rows(rows, 32))
+
+    torch.testing.assert_close(via_cache, full, atol=2e-2, rtol=2e-2)
+
+
+def test_frozen_trunk_stays_in_eval_mode() -> None:
+    """The frozen blocks never use batch statistics, before or during training."""
+    model = VlkdClip(TeacherModelConfig(input_size=32, frozen_blocks=10))
+    fresh = model.trunk.training
+
+    model.train()
+
+    assert not fresh
+    assert not model.trunk.training
+    assert model.tail.training
 
 
 def test_semantic_loss_treats_shared_findings_as_positives() -> None:
