@@ -129,7 +129,7 @@ def decode(
     try:
         image = _decode(bytes(data), media_type, limits)
     except InputError as exc:
-        logger.info("decode rejected: %s (%s)", exc.reason, type(exc).__name__)
+        logger.debug("decode rejected: %s (%s)", exc.reason, type(exc).__name__)
         raise
     except MemoryError as exc:
         raise PayloadTooLargeError("the image needs more memory than allowed") from exc

@@ -7,7 +7,8 @@ the shipped model (``--model`` for another), waits for ``/readyz``, and runs:
    (32) in flight, cycling over real uploads (``../shared/data/fullsize/`` by
    default), stopping early after ``--max-seconds``; it prints requests/s,
    p50 / p99 latency, errors (anything but 200), and the server's RSS at the
-   start (after a warm-up), at the end and at its peak;
+   start (after a warm-up), at the end, at its peak, and at each tenth of the
+   run (to tell a plateau from a leak);
 2. **overflow**: ``--overflow-requests`` at ``--overflow-concurrency`` (128)
    against the configured admission queue (``--max-queue``, 32): how many got
    503, whether each 503 carried ``Retry-After``, how fast the 503s came back
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -93,6 +95,7 @@ async def drive(
     """``total`` POSTs with ``concurrency`` workers; stop issuing after the time cap."""
     latencies: dict[int, list[float]] = {}
     retry_after_missing = 0
+    transport_errors: Counter[str] = Counter()
     counter = iter(range(total))
     deadline = time.perf_counter() + max_seconds
     limits = httpx.Limits(
@@ -116,8 +119,9 @@ async def drive(
                     status = response.status_code
                     if status == 503 and "retry-after" not in response.headers:
                         retry_after_missing += 1
-                except httpx.HTTPError:
+                except httpx.HTTPError as error:
                     status = -1  # transport error: timeout, reset, refused
+                    transport_errors[type(error).__name__] += 1
                 latencies.setdefault(status, []).append(time.perf_counter() - started)
 
         started = time.perf_counter()
@@ -140,6 +144,7 @@ async def drive(
         "busy_p50_ms": round(percentile(busy, 50) * 1000, 1),
         "busy_p99_ms": round(percentile(busy, 99) * 1000, 1),
         "busy_without_retry_after": retry_after_missing,
+        "transport_errors": dict(transport_errors),
     }
 
 
@@ -239,6 +244,10 @@ def run_phases(
             rss_start_mib=round(samples[0] / 2**20, 1),
             rss_end_mib=round(samples[-1] / 2**20, 1),
             rss_peak_mib=round(max(samples) / 2**20, 1),
+            rss_trace_mib=[
+                round(samples[i * (len(samples) - 1) // 10] / 2**20, 1)
+                for i in range(11)
+            ],
         )
         measured["steady"] = steady
 

