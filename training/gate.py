@@ -63,7 +63,6 @@ MAX_TEST_REJECTION = 0.05
 SPLITS = ("train", "val", "test")
 BATCH = 16
 NON_CHEST_DICOMS = ("RG2_JPLL.dcm", "RG3_J2KI.dcm")
-PEDIATRIC_DIR = SHARED_DATA / "ood" / "pediatric"
 
 
 # --- the model, run the service's way ----------------------------------------

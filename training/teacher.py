@@ -42,6 +42,13 @@ logger = logging.getLogger(__name__)
 
 TEACHER_KINDS: tuple[str, ...] = ("vlkd", "open_clip", "hf_clip")
 
+# Options each kind's loader accepts through ``load_teacher(**opts)``.
+TEACHER_OPTIONS: dict[str, frozenset[str]] = {
+    "vlkd": frozenset(),
+    "open_clip": frozenset({"model_name"}),
+    "hf_clip": frozenset(),
+}
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VLKD_PATH = REPO_ROOT / "models" / "teacher"
 
@@ -221,6 +228,13 @@ def load_teacher(
     if kind not in TEACHER_KINDS:
         raise TeacherLoadError(
             f"unknown teacher kind {kind!r}; expected one of {', '.join(TEACHER_KINDS)}"
+        )
+
+    unknown = sorted(set(opts) - TEACHER_OPTIONS[kind])
+    if unknown:
+        raise TeacherLoadError(
+            f"teacher kind {kind!r} takes options {sorted(TEACHER_OPTIONS[kind])}, "
+            f"got unknown {unknown}"
         )
 
     if kind == "vlkd":

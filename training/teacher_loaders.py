@@ -9,6 +9,14 @@
   weights, tokenizer files, optionally ``preprocessor_config.json`` for the
   image mean / std).
 
+FIXME: an open_clip model whose text tower is a Hugging Face model
+(BiomedCLIP's ``hf_model_name``) makes open_clip call
+``AutoConfig.from_pretrained(<hub name>)`` even when the weights are local; with
+hub access off this works only if that config is in the local Hugging Face
+cache, otherwise it fails as a TeacherLoadError. Only tiny CLIP-architecture
+models saved by the tests were tried; no real BiomedCLIP / CheXzero files exist
+on these machines.
+
 Library errors are converted to :class:`TeacherLoadError` naming what was
 expected, so a wrong path fails with a sentence instead of a stack of internals.
 """
@@ -142,6 +150,10 @@ def load_open_clip_teacher(
             tokenizer = open_clip.get_tokenizer(model_name)
         else:
             local = f"local-dir:{config_dir}"
+            # FIXME: for a checkpoint file open_clip first logs that the model is
+            # "initialized randomly" (load_weights=False); the weights are loaded
+            # on the next line. open_clip has no quieter way to build from a
+            # config and a separately named file.
             model = open_clip.create_model(
                 local, device="cpu", load_weights=checkpoint is None
             )

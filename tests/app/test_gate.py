@@ -359,3 +359,23 @@ def test_service_assesses_real_chest_xrays(
     assert len(bodies) == 8
     assert [body["not_assessable_reasons"] for body in bodies] == [[]] * 8
     assert all(body["label"] in ("normal", "pneumonia", "nodule") for body in bodies)
+
+
+def test_service_gates_each_image_of_a_batch_on_its_own(
+    gated_client: TestClient, shared_data: Path
+) -> None:
+    """In a batch, the photograph is refused and the chest X-ray beside it labelled."""
+    chest = (shared_data / "fullsize" / "00000165_001.png").read_bytes()
+    photo = synthetic_probes()["photograph"]
+    files = [
+        ("files", ("a.png", chest, "image/png")),
+        ("files", ("b.jpg", photo, "image/jpeg")),
+    ]
+
+    response = gated_client.post("/v1/classify/batch", files=files)
+
+    results = response.json()["results"]
+    assert response.status_code == 200
+    assert [item["assessable"] for item in results] == [True, False]
+    assert results[0]["label"] is not None
+    assert results[1]["not_assessable_reasons"] == [REASON_CONTENT]

@@ -127,6 +127,13 @@ def test_unknown_kind_lists_the_valid_kinds() -> None:
         load_teacher("biomedclip")
 
 
+@pytest.mark.parametrize("kind", ["vlkd", "open_clip", "hf_clip"])
+def test_unknown_options_are_refused(kind: str, tmp_path: Path) -> None:
+    """A misspelt loader option is an error, not silently ignored."""
+    with pytest.raises(TeacherLoadError, match="unknown"):
+        load_teacher(kind, tmp_path, modelname="ViT-B-32")
+
+
 def test_vlkd_missing_directory_says_how_to_train(tmp_path: Path) -> None:
     """A missing vlkd teacher points at the training command."""
     with pytest.raises(TeacherLoadError, match=r"training\.teacher_train"):
