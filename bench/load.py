@@ -204,6 +204,14 @@ def server_latencies(log: IO[bytes], offset: int, status: int) -> list[float]:
     return found
 
 
+def healthz(url: str) -> int | str:
+    """The ``/healthz`` status, or why there was none."""
+    try:
+        return httpx.get(f"{url}/healthz", timeout=5).status_code
+    except httpx.HTTPError as error:
+        return f"no answer: {type(error).__name__}"
+
+
 def machine() -> str:
     """One line describing where the figures were measured."""
     cpus = (
@@ -267,7 +275,8 @@ def run_phases(
         overflow["busy_server_p99_ms"] = round(percentile(busy, 99) * 1000, 2)
         overflow["busy_server_max_ms"] = round(max(busy, default=0) * 1000, 2)
         measured["overflow"] = overflow
-        measured["healthz_after"] = httpx.get(f"{url}/healthz", timeout=5).status_code
+        measured["healthz_after"] = healthz(url)
+        measured["server_exit_code"] = server.poll()  # None: still running
     finally:
         sampler.stop.set()
         server.terminate()
@@ -288,6 +297,9 @@ def main() -> int:
     parser.add_argument("--overflow-requests", type=int, default=1000)
     parser.add_argument("--overflow-concurrency", type=int, default=128)
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--server-log", type=Path, help="keep the service's log (one line a request)"
+    )
     args = parser.parse_args()
 
     blobs = [path.read_bytes() for path in sorted(args.images.glob("*.png"))]
@@ -304,8 +316,12 @@ def main() -> int:
         "uploads": f"{len(blobs)} PNGs from {args.images.name}/",
         "max_queue": args.max_queue,
     }
-    with tempfile.TemporaryFile() as log:
-        figures.update(run_phases(args, blobs, log))
+    if args.server_log:
+        with args.server_log.open("w+b") as log:
+            figures.update(run_phases(args, blobs, log))
+    else:
+        with tempfile.TemporaryFile() as log:
+            figures.update(run_phases(args, blobs, log))
 
     print(json.dumps(figures, indent=2))
     if args.json:
