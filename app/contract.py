@@ -82,7 +82,10 @@ def to_metadata(contract: ModelContract) -> dict[str, str]:
         "labels": json.dumps(list(contract.labels)),
         "input_size": str(contract.preprocess.size),
         "normalization": json.dumps(
-            {"mean": list(contract.preprocess.mean), "std": list(contract.preprocess.std)}
+            {
+                "mean": list(contract.preprocess.mean),
+                "std": list(contract.preprocess.std),
+            }
         ),
         "preprocess_version": contract.preprocess_version,
         "input_name": contract.input_name,
@@ -107,7 +110,9 @@ def _json(raw: dict[str, str], key: str) -> Any:
     try:
         return json.loads(raw[key])
     except (json.JSONDecodeError, TypeError) as error:
-        raise ContractError(f"model metadata '{PREFIX}{key}' is not valid JSON") from error
+        raise ContractError(
+            f"model metadata '{PREFIX}{key}' is not valid JSON"
+        ) from error
 
 
 def from_metadata(metadata: dict[str, str]) -> ModelContract:
@@ -137,7 +142,9 @@ def from_metadata(metadata: dict[str, str]) -> ModelContract:
         or not all(isinstance(label, str) and label for label in labels)
         or len(set(labels)) != len(labels)
     ):
-        raise ContractError("model labels must be a list of at least two distinct names")
+        raise ContractError(
+            "model labels must be a list of at least two distinct names"
+        )
 
     try:
         size = int(raw["input_size"])

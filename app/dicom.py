@@ -37,6 +37,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import warnings as pywarnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,6 +78,9 @@ logger = logging.getLogger(__name__)
 # leniently anyway, so value validation is switched off for reading.
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+# Its UserWarnings (e.g. "End of file reached before delimiter") would reach the
+# service's stderr; decoding reports problems through our own errors instead.
+pywarnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
 NATIVE_SYNTAXES: tuple[UID, ...] = (
     ImplicitVRLittleEndian,
@@ -294,6 +298,24 @@ def _check_intent(dataset: Dataset) -> None:
         )
 
 
+def _describes_image(dataset: Dataset) -> bool:
+    """Whether the header promises an image (image pixel module or image SOP class).
+
+    A file cut short can lose everything after the cut, so the SOP class in the
+    file meta is checked too.
+    """
+    if "Rows" in dataset and "Columns" in dataset:
+        return True
+
+    meta = getattr(dataset, "file_meta", None)
+    sop_class = dataset.get("SOPClassUID") or (
+        meta.get("MediaStorageSOPClassUID") if meta is not None else None
+    )
+    name = getattr(sop_class, "name", "") if sop_class is not None else ""
+
+    return "Image Storage" in str(name)
+
+
 def _pixel_bytes(dataset: Dataset) -> bytes:
     """The PixelData value; 422 when the object has no (integer) pixels."""
     if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
@@ -301,6 +323,11 @@ def _pixel_bytes(dataset: Dataset) -> bytes:
             "the DICOM object has float pixel data; expected integer PixelData"
         )
     if "PixelData" not in dataset:
+        if _describes_image(dataset):
+            raise UnprocessableImageError(
+                "the DICOM header describes an image but its pixel data is missing "
+                "or cut short (a truncated file?)"
+            )
         raise UnprocessableImageError(
             "the DICOM object has no pixel data (e.g. a report or a header only)"
         )

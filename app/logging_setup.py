@@ -9,7 +9,6 @@ tags. The same middleware counts requests and latency for Prometheus.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from typing import Any
@@ -21,7 +20,6 @@ from app import metrics
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
@@ -40,12 +38,12 @@ def route_template(scope: Scope) -> str:
 
 
 def new_request_id(scope: Scope) -> str:
-    """Reuse a well-formed client ``X-Request-ID``, else make a fresh one."""
-    for name, value in scope.get("headers", []):
-        if name == REQUEST_ID_HEADER.encode():
-            text = value.decode("latin-1")
-            if _CLIENT_ID.match(text):
-                return text
+    """A fresh random request id; a client's ``X-Request-ID`` is never reused.
+
+    PACS senders often put accession numbers or other patient-linked values in
+    their own request ids; reusing them would carry those values into our logs.
+    """
+    del scope  # kept in the signature: the id could later depend on the request
 
     return uuid.uuid4().hex
 

@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from app.contract import ModelContract, from_metadata
 from app.errors import ContractError, ModelError
+from app.gate import content_reasons
 from app.preprocess import preprocess
 
 logger = logging.getLogger(__name__)
@@ -294,5 +295,14 @@ def self_test(model: LoadedModel) -> None:
                 "self-test failed: a batch of 2 gives different logits than the same "
                 "two images one at a time"
             )
+
+    if contract.gate is not None:
+        if pair.features is None:
+            raise ContractError(
+                "model has a not-assessable gate but no features output to score"
+            )
+        # Parse and score the gate now: a malformed gate refuses start-up
+        # instead of failing every request.
+        content_reasons(pair.features, contract.gate)
 
     logger.info("model self-test passed (batch of 2 equals two singles)")

@@ -110,6 +110,8 @@ def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return to_model_layout(image01, config)
 
 
-def preprocess_batch(images: Sequence[np.ndarray], config: PreprocessConfig) -> np.ndarray:
+def preprocess_batch(
+    images: Sequence[np.ndarray], config: PreprocessConfig
+) -> np.ndarray:
     """Stack preprocessed images into a float32 ``(N, 3, size, size)`` batch."""
     return np.stack([preprocess(image, config) for image in images])

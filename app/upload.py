@@ -169,6 +169,11 @@ class _MultipartCollector:
             raise InputError("multipart part has no form-data name")
 
         self._is_file = options[b"name"].decode("latin-1") == self.field
+        if not self._is_file and b"filename" in options:
+            raise UnprocessableImageError(
+                f"expected the image in multipart field '{self.field}'; "
+                "a file was sent in another field"
+            )
         if self._is_file:
             if len(self.files) >= self.settings.max_batch_images:
                 raise PayloadTooLargeError(

@@ -8,7 +8,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(
-    __import__("os").environ.get("VLKD_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")
+    __import__("os").environ.get(
+        "VLKD_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"
+    )
 )
 
 

@@ -147,6 +147,16 @@ def test_decode_rejects_shared_file_without_pixels_with_422(shared_data: Path) -
     assert caught.value.status_code == 422
 
 
+def test_decode_names_truncation_for_cut_dicom(shared_data: Path) -> None:
+    """A DICOM cut inside its pixel data says it is cut short, not "no pixels"."""
+    data = (shared_data / "dicom" / "RG1_J2KR.dcm").read_bytes()[:100_000]
+
+    with pytest.raises(UnprocessableImageError) as caught:
+        decode(data)
+
+    assert "cut short" in caught.value.detail
+
+
 @pytest.mark.parametrize(
     ("name", "part"), [("RG2_JPLL.dcm", "HIP"), ("RG3_J2KI.dcm", "EXTREMITY")]
 )

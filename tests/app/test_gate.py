@@ -236,8 +236,10 @@ def gated_client() -> Iterator[TestClient]:
     if not path.is_file():
         pytest.skip(f"{path.name} is not in models/ yet")
     session = ort.InferenceSession(str(path))
-    if "vlkd.gate" not in session.get_modelmeta().custom_metadata_map:
-        pytest.skip(f"{path.name} carries no vlkd.gate yet (python -m training.gate)")
+    assert "vlkd.gate" in session.get_modelmeta().custom_metadata_map, (
+        f"{path.name} has no vlkd.gate: run python -m training.gate --model {path} "
+        "after every export"
+    )
     settings = Settings(model_path=path, intra_op_threads=1, decoder_self_test=False)
 
     with TestClient(create_app(settings)) as client:

@@ -267,6 +267,17 @@ def test_multipart_without_file_field_gets_422(client: TestClient) -> None:
     assert "'file'" in response.json()["detail"]
 
 
+def test_file_in_wrong_field_named_in_error(client: TestClient) -> None:
+    """A file sent as ``files`` to the single route names the expected field."""
+    response = client.post(
+        "/v1/classify", files={"files": ("x.png", png_bytes(), "image/png")}
+    )
+
+    assert response.status_code == 422
+    assert "'file'" in response.json()["detail"]
+    assert "over the limit" not in response.json()["detail"]
+
+
 def test_unterminated_multipart_gets_400(client: TestClient) -> None:
     """A multipart body that ends before its closing boundary gets 400."""
     body = multipart_head("file", "x.png") + png_bytes()
