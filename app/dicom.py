@@ -732,12 +732,36 @@ def _code(dataset: Dataset, keyword: str) -> str:
     return _CODE_STRING.sub("", value.strip().upper())[:16]
 
 
+ADULT_AGE_YEARS = 18
+_AGE_STRING = re.compile(r"^(\d{3})([DWMY])$")
+
+
+def _age_group(dataset: Dataset) -> str:
+    """``"child"`` / ``"adult"`` from PatientAge (``nnnD|W|M|Y``), else ``""``.
+
+    Only this coarse group leaves the decoder, never the age itself; a malformed
+    value reads as unknown.
+    """
+    try:
+        match = _AGE_STRING.match(str(dataset.get("PatientAge", "") or "").strip())
+    except Exception:  # a malformed age string reads as unknown
+        return ""
+    if match is None:
+        return ""
+
+    amount, unit = int(match.group(1)), match.group(2)
+    years = amount if unit == "Y" else 0  # days, weeks and months are under a year
+
+    return "adult" if years >= ADULT_AGE_YEARS else "child"
+
+
 def _safe_header(dataset: Dataset, geometry: _Geometry, syntax: UID) -> dict[str, str]:
     """Only non-identifying acquisition fields, for the not-assessable gate."""
     return {
         "modality": _code(dataset, "Modality"),
         "body_part": _code(dataset, "BodyPartExamined"),
         "view_position": _code(dataset, "ViewPosition"),
+        "age_group": _age_group(dataset),
         "photometric": geometry.photometric,
         "transfer_syntax": syntax.name,
         "bits_stored": str(geometry.bits_stored),

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 REASON_MODALITY = "not a projection radiograph"
 REASON_BODY_PART = "not a chest image"
 REASON_VIEW = "lateral view"
+REASON_AGE = "patient under 18 (the model is trained on adults)"
 REASON_CONTENT = "image unlike the training data"
 
 # Modalities that are projection radiographs (DICOM PS3.3 C.7.3.1.1.1).
@@ -52,6 +53,8 @@ def header_reasons(header: dict[str, str]) -> list[str]:
         reasons.append(REASON_BODY_PART)
     if view in LATERAL_VIEWS:
         reasons.append(REASON_VIEW)
+    if header.get("age_group") == "child":
+        reasons.append(REASON_AGE)
 
     return reasons
 

@@ -147,6 +147,33 @@ def test_decode_rejects_shared_file_without_pixels_with_422(shared_data: Path) -
     assert caught.value.status_code == 422
 
 
+@pytest.mark.parametrize(
+    ("age", "group"),
+    [
+        ("004Y", "child"),
+        ("017Y", "child"),
+        ("018Y", "adult"),
+        ("011M", "child"),
+        ("052Y", "adult"),
+        ("", ""),
+        ("abc", ""),
+    ],
+)
+def test_decode_reduces_patient_age_to_group(
+    shared_data: Path, age: str, group: str
+) -> None:
+    """PatientAge leaves the decoder only as a coarse child / adult group."""
+    dataset = pydicom.dcmread(shared_data / "dicom" / "siim_cr_chest_mono2.dcm")
+    dataset.PatientAge = age
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+
+    image = decode(buffer.getvalue())
+
+    assert image.header["age_group"] == group
+    assert age not in image.header.values() or age == ""
+
+
 def test_decode_names_truncation_for_cut_dicom(shared_data: Path) -> None:
     """A DICOM cut inside its pixel data says it is cut short, not "no pixels"."""
     data = (shared_data / "dicom" / "RG1_J2KR.dcm").read_bytes()[:100_000]

@@ -24,6 +24,7 @@ from pydicom.uid import (
 from app.decode import DecodedImage
 from app.errors import ContractError
 from app.gate import (
+    REASON_AGE,
     REASON_BODY_PART,
     REASON_CONTENT,
     REASON_MODALITY,
@@ -55,6 +56,8 @@ from training.gate import synthetic_probes
         ({"modality": "DX", "view_position": "LL"}, [REASON_VIEW]),
         ({"modality": "DX", "view_position": "LATERAL"}, [REASON_VIEW]),
         ({"modality": "CT", "body_part": "HEAD"}, [REASON_MODALITY, REASON_BODY_PART]),
+        ({"modality": "CR", "age_group": "child"}, [REASON_AGE]),
+        ({"modality": "CR", "age_group": "adult"}, []),
     ],
 )
 def test_header_rules(header: dict[str, str], expected: list[str]) -> None:
