@@ -1,8 +1,6 @@
 # The two commands a newcomer needs: `make run` and `make test`.
+# Service settings come from VLKD_* variables, e.g. `VLKD_PORT=9000 make run`.
 .PHONY: run test lint bench
-
-HOST ?= 127.0.0.1
-PORT ?= 8000
 
 run:
 	scripts/setup.sh serve

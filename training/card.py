@@ -47,8 +47,13 @@ KNOWN_LIMITATIONS = [
     "Small data: about 1,000 images and only 23 nodule test images, so the "
     "confidence intervals are wide.",
     "Paediatric and non-chest inputs are out of distribution: the classifier will "
-    "still output confident-looking probabilities for them; the service's "
-    "not-assessable gate, not this model, is responsible for refusing them.",
+    "still output confident-looking probabilities for them. The service's "
+    "not-assessable gate refuses non-chest DICOM headers, DICOM patients under 18, "
+    "laterals marked in the header and images far from the training data, but it "
+    "is not a paediatric filter: it let 5 of the 8 children's PNG/JPEG images in "
+    "ood/pediatric through (docs/robustness.md).",
+    "Orientation is not checked: a chest image rotated by 90 degrees still got a "
+    "confident label in a manual test; send images as the modality displays them.",
     "JSRT nodules are often subtle (subtlety 1-2); small or subtle nodules are "
     "missed more often.",
     "Calibration was fitted on the validation split of the same two sources; "
