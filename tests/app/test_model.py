@@ -149,6 +149,18 @@ def test_self_test_catches_batch_inconsistency(
         self_test(model)
 
 
+def test_self_test_refuses_malformed_gate(tmp_path: Path) -> None:
+    """A model whose not-assessable gate cannot be parsed is refused at start-up."""
+    broken_gate = {"kind": "ppca-mahalanobis", "format": 1, "mean": "not base64!"}
+    path = write_model(
+        tmp_path / "gate.onnx", contract=default_contract(gate=broken_gate)
+    )
+    model = load_model(path, intra_op_threads=1)
+
+    with pytest.raises(ContractError):
+        self_test(model)
+
+
 def test_model_with_cam_output_serves_logits_and_features(tmp_path: Path) -> None:
     """Optional outputs are read by name; a CAM output does not disturb logits."""
     path = write_model(tmp_path / "cam.onnx", with_cam=True)
