@@ -82,3 +82,19 @@ def test_render_lists_every_available_row_and_the_commands() -> None:
     assert "| student CE (alpha 0) | 100 % | 0.900 |" in page
     assert "KD (alpha 0.7" not in page
     assert "python -m training.pipeline" in page
+
+
+def test_observations_report_sweep_spread_and_teacher_gap() -> None:
+    """The notes name the best and worst sweep settings and the teacher's lead."""
+    results = {
+        "test": {"teacher": _report(0.95, 0.83, 0.8), "ce_100": _report(0.9, 0.7, 0.8)},
+        "sweep": {
+            "a": {"alpha": 0.5, "temperature": 2.0, "val": {"macro_auc": 0.957}},
+            "b": {"alpha": 0.9, "temperature": 4.0, "val": {"macro_auc": 0.946}},
+        },
+    }
+
+    notes = observations(results)
+
+    assert any("0.946 (alpha 0.9, T 4) to 0.957 (alpha 0.5, T 2)" in n for n in notes)
+    assert any("(0.830) is above every student's (best 0.700)" in n for n in notes)
