@@ -14,10 +14,14 @@ Steps, each logged with its duration in ``<out-dir>/pipeline.json``:
    T 4), best checkpoint on val macro AUC;
 3. calibrate a temperature on val and export to ONNX with its contract and
    model card (``training.export``);
-4. evaluate the ONNX file on the test split through the service's input path
+4. fit the not-assessable gate on the exported file's train-split features,
+   threshold on val, stored in the file as ``vlkd.gate`` (``training.gate``;
+   skipped for smoke runs limited by ``--max-images-per-split``, which have
+   too few images to fit it);
+5. evaluate the ONNX file on the test split through the service's input path
    and write the headline metrics into the file and card
    (``training.evaluate --attach``);
-5. copy ``vlkd-student.onnx`` and ``MODEL_CARD.md`` into ``models/``.
+6. copy ``vlkd-student.onnx`` and ``MODEL_CARD.md`` into ``models/``.
 
 Every flag of ``python -m training.train`` is accepted; ``--out-dir``
 defaults to ``runs/pipeline``.
@@ -36,7 +40,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from training import evaluate, export
+from training import evaluate, export, gate
 from training.config import TrainConfig, add_arguments, from_arguments
 from training.data import ManifestRow, read_manifest, select_split
 from training.errors import TrainingError
@@ -125,7 +129,7 @@ def run_pipeline(
     teacher: TeacherLike | None = None,
     n_resamples: int = 1000,
 ) -> dict[str, Any]:
-    """Run the five steps; return a summary (also written to ``pipeline.json``)."""
+    """Run the six steps; return a summary (also written to ``pipeline.json``)."""
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     steps: dict[str, float] = {}
@@ -180,7 +184,22 @@ def run_pipeline(
     if _timed(steps, "export", lambda: export.main(export_args)) != 0:
         raise PipelineError("export failed; see the log above")
 
-    # 4. Evaluate the exported file on test and attach the headline metrics.
+    # 4. Fit the not-assessable gate into the exported file.
+    if limit:
+        logger.info("gate not fitted: a smoke run has too few images for it")
+    else:
+        gate_args = [
+            "--model",
+            str(staged),
+            "--manifest",
+            str(config.manifest),
+            "--report",
+            str(out_dir / "reports" / "gate.json"),
+        ]
+        if _timed(steps, "gate", lambda: gate.main(gate_args)) != 0:
+            raise PipelineError("gate fit failed; see the log above")
+
+    # 5. Evaluate the exported file on test and attach the headline metrics.
     report_dir = out_dir / "reports" / "test"
     evaluate_args = [
         "--model",
@@ -202,7 +221,7 @@ def run_pipeline(
     test_report = json.loads((report_dir / "metrics.json").read_text())
     summary["test"] = evaluate.headline_metrics(test_report)
 
-    # 5. Ship the checked file and its card.
+    # 6. Ship the checked file and its card.
     if ship:
         models = Path(models_dir)
         _copy_atomic(staged, models / ONNX_NAME)
