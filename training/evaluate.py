@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from app.contract import from_metadata
+from app.contract import ModelContract, from_metadata
 from app.decode import decode
 from app.errors import ContractError, InputError, ModelError
 from app.preprocess import PreprocessConfig, preprocess
@@ -155,8 +155,8 @@ class LoadedModel:
     description: str
 
 
-def load_onnx(path: Path, threads: int = 2) -> LoadedModel:
-    """An ONNX file with a vlkd contract, run by onnxruntime on CPU."""
+def onnx_session(path: Path, threads: int = 2) -> tuple[Any, ModelContract]:
+    """An onnxruntime CPU session for ``path`` and the vlkd contract it carries."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -167,8 +167,14 @@ def load_onnx(path: Path, threads: int = 2) -> LoadedModel:
             str(path), options, providers=["CPUExecutionProvider"]
         )
     except Exception as error:  # onnxruntime raises its own untyped errors
-        raise ModelError(f"onnxruntime cannot load the model: {error}") from error
-    contract = from_metadata(session.get_modelmeta().custom_metadata_map)
+        raise ModelError(f"onnxruntime cannot load {path}: {error}") from error
+
+    return session, from_metadata(session.get_modelmeta().custom_metadata_map)
+
+
+def load_onnx(path: Path, threads: int = 2) -> LoadedModel:
+    """An ONNX file with a vlkd contract, run by onnxruntime on CPU."""
+    session, contract = onnx_session(path, threads)
 
     def logits(batch: np.ndarray) -> np.ndarray:
         (out,) = session.run([contract.logits_output], {contract.input_name: batch})

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from app.contract import ModelContract, from_metadata
+from app.contract import ModelContract
 from app.decode import decode
 from app.errors import ContractError, InputError, ModelError
 from app.gate import (
@@ -52,7 +52,7 @@ from app.gate import (
 )
 from app.preprocess import preprocess
 from training.errors import DataError
-from training.evaluate import DEFAULT_MANIFEST, SHARED_DATA, read_cases
+from training.evaluate import DEFAULT_MANIFEST, SHARED_DATA, onnx_session, read_cases
 
 logger = logging.getLogger(__name__)
 
@@ -94,18 +94,7 @@ class FeatureModel:
 
 def open_model(path: Path, threads: int = 2) -> FeatureModel:
     """Open ``path`` in onnxruntime; ``ModelError`` if it has no features output."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as error:  # onnxruntime raises its own untyped errors
-        raise ModelError(f"onnxruntime cannot load {path}: {error}") from error
-    contract = from_metadata(session.get_modelmeta().custom_metadata_map)
+    session, contract = onnx_session(path, threads)
     if not contract.features_output:
         raise ModelError(
             "the model's contract names no features output; the content gate needs "
