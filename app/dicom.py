@@ -157,15 +157,24 @@ def decode_dicom(data: bytes, max_pixels: int, max_inflated_bytes: int) -> Dicom
     dataset, syntax = _parse(data, max_inflated_bytes)
     warnings = _content_warnings(dataset)
 
-    _check_intent(dataset)
-    pixel_bytes = _pixel_bytes(dataset)
-    _check_syntax(syntax)
-    geometry = _Geometry.from_dataset(dataset)
-    _check_size(geometry, max_pixels)
-    _check_pixel_length(pixel_bytes, geometry, syntax)
+    try:
+        _check_intent(dataset)
+        pixel_bytes = _pixel_bytes(dataset)
+        _check_syntax(syntax)
+        geometry = _Geometry.from_dataset(dataset)
+        _check_size(geometry, max_pixels)
+        _check_pixel_length(pixel_bytes, geometry, syntax)
 
-    stored = _decode_stored(dataset, geometry, syntax)
-    image, _, _ = _to_display(stored, dataset, geometry, warnings)
+        stored = _decode_stored(dataset, geometry, syntax)
+        image, _, _ = _to_display(stored, dataset, geometry, warnings)
+    except UnprocessableImageError as error:
+        # A refused image still tells the sender what its header says, e.g. that
+        # it is not a chest image (the warnings hold sanitised codes only).
+        if warnings:
+            raise UnprocessableImageError(
+                f"{error.detail} (also: {'; '.join(warnings)})"
+            ) from error
+        raise
 
     return DicomResult(
         pixels=image,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomFileLike
@@ -172,6 +173,16 @@ def test_decode_reduces_patient_age_to_group(
 
     assert image.header["age_group"] == group
     assert age not in image.header.values() or age == ""
+
+
+def test_decode_refusal_still_says_not_chest(shared_data: Path) -> None:
+    """RG2_JPLY (a hip whose JPEG stream no decoder reads) is a 422 naming HIP."""
+    data = (shared_data / "dicom" / "RG2_JPLY.dcm").read_bytes()
+
+    with pytest.raises(UnprocessableImageError) as caught:
+        decode(data)
+
+    assert "BodyPartExamined is HIP, not CHEST" in caught.value.detail
 
 
 def test_decode_names_truncation_for_cut_dicom(shared_data: Path) -> None:
@@ -593,10 +604,10 @@ def test_decode_counts_pixels_against_the_configured_cap() -> None:
 # --- issue 6.8: patient data never leaks --------------------------------------
 
 
-def test_decode_leaks_no_patient_data_in_errors_logs_or_warnings(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Name, invalid UID and malformed size appear in no error, log or warning."""
+def patient_dicom_that_fails() -> tuple[bytes, tuple[str, ...]]:
+    """Issue 6 item 8: a named patient, an invalid UID, a malformed PatientSize and
+    pixel data that fails to decode; returns the bytes and the values that must
+    never leak."""
     ds = make_dataset(chest_like(), 12)
     ds.PatientName = "DOE^JANE"
     ds.StudyInstanceUID = "1.2.3.ABC.999.x"
@@ -604,7 +615,15 @@ def test_decode_leaks_no_patient_data_in_errors_logs_or_warnings(
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xc0garbage-not-a-jpeg\xff\xd9"])
     ds["PixelData"].VR = "OB"
     data = to_bytes(ds, UID("1.2.840.10008.1.2.4.70")).replace(b"1.7002", b"1.7O2M")
-    secrets = ("DOE", "JANE", "1.2.3.ABC.999.x", "1.7O2M")
+
+    return data, ("DOE", "JANE", "1.2.3.ABC.999.x", "1.7O2M")
+
+
+def test_decode_leaks_no_patient_data_in_errors_logs_or_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Name, invalid UID and malformed size appear in no error, log or warning."""
+    data, secrets = patient_dicom_that_fails()
 
     caplog.set_level(logging.DEBUG)
     with (
@@ -619,6 +638,23 @@ def test_decode_leaks_no_patient_data_in_errors_logs_or_warnings(
     for secret in secrets:
         assert all(secret not in text for text in texts), secret
     assert raised.value.status_code == 422
+
+
+def test_service_leaks_no_patient_data_over_http(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """That file posted to /v1/classify: a 422; no secret in its body or the logs."""
+    data, secrets = patient_dicom_that_fails()
+
+    caplog.set_level(logging.DEBUG)
+    response = client.post(
+        "/v1/classify", content=data, headers={"Content-Type": "application/dicom"}
+    )
+
+    assert response.status_code == 422
+    for secret in secrets:
+        assert secret not in response.text, secret
+        assert secret not in caplog.text, secret
 
 
 # --- found by fuzzing ---------------------------------------------------------
