@@ -345,6 +345,34 @@ def _chain(*iterators: Iterator[bytes]) -> Iterator[bytes]:
         yield from iterator
 
 
+def read_http_reply(sock: socket.socket) -> bytes:
+    """Read one whole HTTP reply: the head, then ``Content-Length`` body bytes.
+
+    Headers and body may arrive in separate packets, so one ``recv`` is not
+    enough; stops early if the server closes the connection.
+    """
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return reply
+        reply += chunk
+
+    head, _, body = reply.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+
+    return head + b"\r\n\r\n" + body
+
+
 def test_stalled_upload_times_out(live_server: Callable[..., str]) -> None:
     """A body that stops arriving gets 400 after VLKD_BODY_TIMEOUT_S, not a hang."""
     url = urlparse(live_server(body_timeout_s=0.5))
@@ -355,7 +383,7 @@ def test_stalled_upload_times_out(live_server: Callable[..., str]) -> None:
             b"Content-Length: 100000\r\n\r\n" + b"\x89PNG" * 10
         )
         started = time.perf_counter()
-        reply = sock.recv(4096)
+        reply = read_http_reply(sock)
         elapsed = time.perf_counter() - started
 
     assert reply.startswith(b"HTTP/1.1 400")
